@@ -163,10 +163,15 @@ struct HttpServer::Impl {
       bool keep_alive = breq.keep_alive();
       unsigned version = breq.version();
 
+      bool write_failed = false;
+      HttpResponse resp;
+      if (opts.run_inline && opts.run_inline(req)) {
+        resp = dispatch_safe(req);
+        if (resp.stream) resp = HttpResponse::error(500, "streaming handlers cannot run inline");
+      } else {
       // Run the handler on the worker pool; streaming bodies are written from there synchronously.
       beast::get_lowest_layer(stream).expires_never();
-      bool write_failed = false;
-      HttpResponse resp = co_await net::co_spawn(
+      resp = co_await net::co_spawn(
           pool->get_executor(),
           [&]() -> net::awaitable<HttpResponse> {
             HttpResponse r = dispatch_safe(req);
@@ -198,6 +203,7 @@ struct HttpServer::Impl {
             co_return r;
           },
           net::use_awaitable);
+      }
       if (write_failed) break;
       auto res = to_beast<Stream>(resp, version, keep_alive, opts);
       beast::get_lowest_layer(stream).expires_after(opts.read_timeout);

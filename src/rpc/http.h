@@ -64,6 +64,9 @@ struct ServerOptions {
   std::chrono::seconds idle_timeout{60};                  // keep-alive idle
   std::string server_header = "dstack-cpp";
   std::vector<std::pair<std::string, std::string>> extra_headers;  // added to every response
+  // Requests for which this returns true run directly on the I/O thread instead of the worker pool. Only for
+  // handlers that never block (e.g. GetMeta from memory, /health): saves two thread hops per request.
+  std::function<bool(const HttpRequest&)> run_inline;
 };
 
 class HttpServer {

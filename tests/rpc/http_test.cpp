@@ -174,3 +174,32 @@ TEST(Http, TlsWithOptionalClientCertificate) {
   server.stop();
   std::filesystem::remove_all(dir);
 }
+
+TEST(Http, InlineHandlersRunOnIoThreadAndOthersOnPool) {
+  ServerOptions o;
+  o.threads = 1;
+  o.run_inline = [](const HttpRequest& r) { return r.path == "/fast"; };
+  HttpServer server(o);
+  std::thread::id fast_tid, slow_tid;
+  server.route("GET", "/fast", [&](const HttpRequest&) { fast_tid = std::this_thread::get_id(); return HttpResponse::text(200, "f"); });
+  server.route("GET", "/slow", [&](const HttpRequest&) {
+    slow_tid = std::this_thread::get_id();
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    return HttpResponse::text(200, "s");
+  });
+  ASSERT_TRUE(server.listen("127.0.0.1:0").ok());
+  server.start();
+  std::string base = "http://127.0.0.1:" + std::to_string(server.bound_port());
+  // A slow pooled handler must not delay the inline one on the single I/O thread.
+  std::thread t([&] { (void)http_request("GET", base + "/slow"); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  auto t0 = std::chrono::steady_clock::now();
+  auto r = http_request("GET", base + "/fast");
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
+  t.join();
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->body, "f");
+  EXPECT_LT(ms, 300);
+  EXPECT_NE(fast_tid, slow_tid);
+  server.stop();
+}
