@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 BUILD=${ASAN_BUILD:-build-asan}
 cmake -S . -B "$BUILD" -G Ninja -DDSTACK_WERROR=ON -DDSTACK_SANITIZE=ON -DDSTACK_BENCH=OFF >/dev/null
 # Unit-test targets: every test executable whose name ends in _unit_test or is one of the pure library tests.
-wanted=(crypto_test rpc_http_test attest_quote_test attest_verify_test attest_eventlog_test attest_scale_test
+wanted=(crypto_test rpc_http_test test_quote test_verify attest_eventlog_test attest_scale_test test_keyprovider_protocol
         attest_sim_test ratls_test guest_unit_test kms_unit_test auth_test ethauth_abi_test keyprovider_test vmm_unit_test)
 available=$(ninja -C "$BUILD" -t targets all 2>/dev/null | sed -n 's/^\([A-Za-z0-9_]*\): phony$/\1/p')
 targets=()
