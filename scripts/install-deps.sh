@@ -16,6 +16,8 @@ APT_PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   # runtime of the simulated CVM (sandbox, images, registry)
   bubblewrap podman skopeo umoci docker-registry iproute2 util-linux
+  # QEMU backend: boot test under TCG (tests/vmm_qemu; kernel fetched by scripts/qemu-test-image.sh), doctor
+  qemu-system-x86 qemu-utils busybox-static
   # tests and benchmarks
   nodejs curl jq wrk nginx-light ansible chromium procps psmisc
 )

@@ -180,7 +180,8 @@ struct Exchange {
     while (!p.is_done()) {
       p.get().body().data = chunk;
       p.get().body().size = sizeof(chunk);
-      co_await http::async_read(stream, buf, p, net::redirect_error(net::use_awaitable, ec));
+      // read_some: deliver each chunk as it arrives (a full read would wait for the buffer to fill).
+      co_await http::async_read_some(stream, buf, p, net::redirect_error(net::use_awaitable, ec));
       if (ec == http::error::need_buffer) ec = {};
       if (ec) co_return;
       size_t n = sizeof(chunk) - p.get().body().size;

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <thread>
+#include <atomic>
 
 #include "base/fs.h"
 #include "rpc/http.h"
@@ -201,5 +202,36 @@ TEST(Http, InlineHandlersRunOnIoThreadAndOthersOnPool) {
   EXPECT_EQ(r->body, "f");
   EXPECT_LT(ms, 300);
   EXPECT_NE(fast_tid, slow_tid);
+  server.stop();
+}
+
+TEST(Http, StreamDeliversChunksAsTheyArrive) {
+  HttpServer server;
+  std::atomic<bool> release{false};
+  server.route("GET", "/follow", [&](const HttpRequest&) {
+    HttpResponse r;
+    r.content_type = "text/plain";
+    r.stream = [&](const StreamWriter& w) {
+      w("first\n");
+      for (int i = 0; i < 100 && !release; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      w("second\n");
+    };
+    return r;
+  });
+  ASSERT_TRUE(server.listen("127.0.0.1:0").ok());
+  server.start();
+  std::string got;
+  bool saw_first_before_release = false;
+  auto st = http_stream("http://127.0.0.1:" + std::to_string(server.bound_port()) + "/follow", [&](std::string_view c) {
+    got += c;
+    if (got.find("first") != std::string::npos && !release) {
+      saw_first_before_release = true;
+      release = true;
+    }
+    return true;
+  });
+  ASSERT_TRUE(st.ok()) << st.error().message;
+  EXPECT_TRUE(saw_first_before_release);
+  EXPECT_EQ(got, "first\nsecond\n");
   server.stop();
 }
