@@ -8,7 +8,7 @@ BUILD=${ASAN_BUILD:-build-asan}
 cmake -S . -B "$BUILD" -G Ninja -DDSTACK_WERROR=ON -DDSTACK_SANITIZE=ON -DDSTACK_BENCH=OFF >/dev/null
 # Unit-test targets: every test executable whose name ends in _unit_test or is one of the pure library tests.
 wanted=(crypto_test rpc_http_test test_quote test_verify attest_eventlog_test attest_scale_test test_keyprovider_protocol
-        attest_sim_test ratls_test guest_unit_test kms_unit_test auth_test ethauth_abi_test keyprovider_test vmm_unit_test)
+        attest_sim_test ratls_test guest_test kms_unit_test auth_test ethauth_abi_test vmm_unit_test cvmsim_unit_test vmm_qemu_cmdline_test)
 available=$(ninja -C "$BUILD" -t targets all 2>/dev/null | sed -n 's/^\([A-Za-z0-9_]*\): phony$/\1/p')
 targets=()
 for t in "${wanted[@]}"; do
