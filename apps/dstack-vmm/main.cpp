@@ -1,7 +1,9 @@
 // dstack-vmm: the VM manager daemon (spec §10). Usage: dstack-vmm [-c vmm.toml]
+//             dstack-vmm doctor [--json] [--qemu PATH] [--bios F]... [--image-dir D]...   (TDX host readiness)
 #include <CLI/CLI.hpp>
 
 #include <csignal>
+#include <cstring>
 #include <iostream>
 #include <pthread.h>
 
@@ -9,11 +11,16 @@
 #include "rpc/http.h"
 #include "vmm/backend.h"
 #include "vmm/config.h"
+#include "vmm/qemu/doctor.h"
 #include "vmm/server.h"
 #include "vmm/vmm.h"
 
 int main(int argc, char** argv) {
-  CLI::App app{"dstack-vmm: dstack VM manager (JSON pRPC API, web UI, CVM supervision)"};
+  // `dstack-vmm doctor ...` = dstack-vmm-doctor: can this host run TDX guests with the QEMU backend?
+  if (argc >= 2 && std::strcmp(argv[1], "doctor") == 0) return dstack::vmm::qemu::doctor_main(argc - 2, argv + 2);
+  CLI::App app{"dstack-vmm: dstack VM manager (JSON pRPC API, web UI, CVM supervision).\n"
+               "Subcommand: `dstack-vmm doctor [--json] [--qemu PATH] [--bios FILE]... [--image-dir DIR]...` "
+               "reports whether this host can run TDX guests (same as dstack-vmm-doctor)"};
   std::string config_file;
   app.add_option("-c,--config", config_file, "vmm.toml (defaults, /etc/vmm/vmm.toml and ./vmm.toml are read first)");
   CLI11_PARSE(app, argc, argv);

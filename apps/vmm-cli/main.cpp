@@ -22,6 +22,7 @@
 #include "vmm/compose.h"
 #include "vmm/envcrypt.h"
 #include "vmm/manifest.h"
+#include "vmm/qemu/doctor.h"
 
 using dstack::Result;
 using dstack::Status;
@@ -237,8 +238,14 @@ int follow_stream(const std::string& url) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // `vmm-cli doctor ...`: local host check, same as `dstack-vmm doctor` (no VMM needed).
+  if (argc >= 2 && std::strcmp(argv[1], "doctor") == 0) return dstack::vmm::qemu::doctor_main(argc - 2, argv + 2);
   CLI::App app{"vmm-cli: manage dstack CVMs on a dstack-vmm"};
   app.require_subcommand(1);
+  app.add_subcommand("doctor",
+                     "Check whether this host can run TDX guests with the QEMU backend "
+                     "([--json] [--qemu PATH] [--bios FILE]... [--image-dir DIR]...; exit 0 ready, 2 not)")
+      ->allow_extras();
   const char* env_url = std::getenv("DSTACK_VMM_URL");
   g_url = env_url && *env_url ? env_url : "http://127.0.0.1:9080";
   app.add_option("--url", g_url, "dstack-vmm URL (env DSTACK_VMM_URL; unix:/path.sock supported)");
@@ -309,7 +316,8 @@ int main(int argc, char** argv) {
   deploy->add_option("--vcpu", d_vcpu, "vCPUs (default 1)");
   deploy->add_option("--memory", d_memory, "Memory, default unit MB (e.g. 4096, 4G)");
   deploy->add_option("--disk", d_disk, "Disk, default unit GB (e.g. 20, 20G)");
-  deploy->add_option("--env-file", d_env_file, "Env file to encrypt to the KMS");
+  deploy->add_option("--env-file", d_env_file,
+                     "Env file to encrypt to the KMS (key from --kms-encrypt-url / --kms-url, else via the VMM)");
   deploy->add_option("--user-config", d_user_config, "User config file");
   deploy->add_option("--app-id", d_app_id, "App id (hex, 20 bytes)");
   deploy->add_option("--port", d_ports, "Port mapping proto[:host_addr]:host_port:vm_port (repeatable)");
@@ -467,8 +475,8 @@ int main(int argc, char** argv) {
     if (!d_env_file.empty()) {
       if (cinfo->key_provider != "kms")
         die("--env-file needs a compose with kms_enabled (create it with `compose --kms --env-file ...`)");
+      // KMS given on the command line: ask it directly; else the VMM proxies to its configured KMS.
       std::string kms = !d_kms_encrypt_url.empty() ? d_kms_encrypt_url : d_kms_urls.empty() ? "" : d_kms_urls.front();
-      if (kms.empty()) die("--env-file requires --kms-url (the KMS that holds the env encryption key)");
       auto env = vmm::parse_env_file(read_or_die(d_env_file, "env file"));
       if (!env) die(env.error().message);
       req["encrypted_env"] = encrypt_env(*env, app_id.empty() ? vmm::app_id_of(compose_text) : app_id, kms);

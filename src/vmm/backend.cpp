@@ -5,6 +5,7 @@
 #include <filesystem>
 
 #include "vmm/config.h"
+#include "vmm/qemu/qemu_backend.h"
 
 namespace dstack::vmm {
 namespace {
@@ -49,7 +50,13 @@ Result<std::unique_ptr<Backend>> make_backend(const VmmConfig& config) {
     std::string runner = config.cvm.sim_runner.empty() ? self_dir() + "/dstack-cvm-sim" : config.cvm.sim_runner;
     return std::unique_ptr<Backend>(std::make_unique<SimBackend>(runner, config.cvm.docker_registry));
   }
-  return make_error("unknown [cvm] backend \"" + config.cvm.backend + "\" (supported: sim; qemu is not implemented yet)");
+  if (config.cvm.backend == "qemu") {
+    qemu::QemuConfig qc;
+    qc.host_api_port = config.host_api.port;
+    for (const auto& [origin, text] : config.toml_documents) TRY(qemu::apply_qemu_toml(qc, text, origin));
+    return qemu::make_qemu_backend(qc);
+  }
+  return make_error("unknown [cvm] backend \"" + config.cvm.backend + "\" (supported: sim, qemu)");
 }
 
 }  // namespace dstack::vmm

@@ -17,6 +17,8 @@
 //   shared/app-compose.json   the compose_file bytes VERBATIM (compose_hash = sha256 of these bytes)
 //   shared/.sys-config.json   regenerated each start (spec §10.3); host_api_url = "unix:<vm-dir>/host-api.sock"
 //                             (an rpc URL: methods are POST /api/<Method>), vm_config = JSON string.
+//                             (QEMU backend: host_api_url = "vsock://2:<[host_api] port>/api", relayed by the VMM
+//                             from vsock to the VM's host-api.sock by guest CID; see vmm/qemu/vsock_relay.h.)
 //   shared/.instance_info     {"app_id": hex} initially; the VMM merges instance.info notifications into it.
 //   shared/.encrypted-env     raw bytes (only if the deployer gave an env), shared/.user-config (only if given)
 // Runner-owned: anything else it creates inside <vm-dir> (e.g. disk/ for named volumes, sockets). It must keep
@@ -56,9 +58,12 @@ struct VmmConfig;
 
 // What to exec for one VM start.
 struct LaunchSpec {
-  std::vector<std::string> argv;              // argv[0] = executable path
+  std::vector<std::string> argv;              // argv[0] = executable path (a bare name is looked up in PATH)
   std::map<std::string, std::string> env;     // added to the VMM's environment
   std::string cwd;                            // the vm dir
+  // Where the process's stdout+stderr go, relative to the vm dir. Default serial.log (sim runner: it IS the
+  // console). QEMU writes serial.log itself (-chardev logfile), so its own output goes to stdout.log.
+  std::string stdout_file = "serial.log";
 };
 
 struct LaunchContext {
@@ -76,9 +81,20 @@ class Backend {
   virtual Status check() const = 0;
   // The command for one start of the VM. Files of the contract above are already written.
   virtual Result<LaunchSpec> launch_spec(const LaunchContext& ctx) const = 0;
+  // host_api_url written to the VM's shared/.sys-config.json: how the guest reaches the host API.
+  virtual std::string guest_host_api_url(const LaunchContext& ctx) const { return "unix:" + ctx.host_api_socket; }
+  // Called once by VmManager::load() before any VM starts (run_path = absolute VM root), and by
+  // VmManager::shutdown() after every VM stopped. E.g. the QEMU backend's vsock host-API relay. Default no-op;
+  // a backend that cannot offer a service logs why and still returns Ok unless nothing could work at all.
+  virtual Status start_services(const std::string& run_path) { (void)run_path; return Status::Ok(); }
+  virtual void stop_services() {}
+  // The VM was removed (its dir is gone): release per-VM resources (e.g. its vsock CID). Default no-op.
+  virtual void vm_removed(const std::string& vm_id) { (void)vm_id; }
 };
 
 // [cvm] backend = "sim" (default) -> runner [cvm] sim_runner (default: dstack-cvm-sim next to dstack-vmm).
+// [cvm] backend = "qemu" -> vmm/qemu/qemu_backend.h, QemuConfig from qemu::apply_qemu_toml over every vmm.toml
+// document of config.toml_documents (same order), [host_api] port for the vsock relay.
 // Any other name is an error naming the supported backends.
 Result<std::unique_ptr<Backend>> make_backend(const VmmConfig& config);
 

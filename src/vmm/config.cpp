@@ -136,12 +136,14 @@ Status apply_toml(VmmConfig& cfg, const std::string& toml_text, const std::strin
   set_int(root["gateway"]["port"], cfg.gateway.port);
   set_int(root["gateway"]["agent_port"], cfg.gateway.agent_port);
   set_str(root["host_api"]["ident"], cfg.host_api.ident);
+  set_int(root["host_api"]["port"], cfg.host_api.port);
   auto kp = root["key_provider"];
   set_bool(kp["enabled"], cfg.key_provider.enabled);
   set_str(kp["address"], cfg.key_provider.address);
   set_int(kp["port"], cfg.key_provider.port);
   set_int(kp["timeout_ms"], cfg.key_provider.timeout_ms);
   cfg.loaded_files.push_back(origin);
+  cfg.toml_documents.emplace_back(origin, toml_text);
   return Status::Ok();
 }
 

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "base/result.h"
@@ -71,6 +72,7 @@ struct VmmConfig {
 
   struct HostApi {
     std::string ident = "dstack VMM";
+    uint32_t port = 10000;  // vsock port of the host API for QEMU guests (vsock://2:<port>/api)
   } host_api;
 
   struct KeyProvider {
@@ -82,6 +84,8 @@ struct VmmConfig {
 
   // Where each setting came from (for `dstack-vmm --print-config` / logs).
   std::vector<std::string> loaded_files;
+  // The TOML documents applied, in order (origin, text): backends with their own keys (qemu) parse them too.
+  std::vector<std::pair<std::string, std::string>> toml_documents;
 };
 
 // "4M", "512K", "1G", "1024" (bytes) -> bytes.

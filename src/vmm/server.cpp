@@ -38,12 +38,12 @@ rpc::HttpResponse logs_response(VmManager& vmm, const std::string& id, size_t li
   rpc::HttpResponse r = rpc::HttpResponse::text(200, "");
   std::string path = vmm.log_path(id);
   if (!follow) {
-    std::string t = tail_lines(path, lines);
+    std::string t = vmm.tail_log(id, lines);
     r.body = ansi ? t : strip_ansi(t);
     return r;
   }
   r.stream = [&vmm, id, path, lines, ansi](const rpc::StreamWriter& write) {
-    std::string head = tail_lines(path, lines);
+    std::string head = vmm.tail_log(id, lines);
     if (!write(ansi ? head : strip_ansi(head))) return;
     std::error_code ec;
     uint64_t offset = std::filesystem::file_size(path, ec);

@@ -12,6 +12,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <filesystem>
@@ -24,10 +25,10 @@
 
 #include "base/fs.h"
 #include "crypto/hash.h"
+#include "keyprovider/client.h"
 #include "rpc/http.h"
 #include "rpc/prpc.h"
 #include "vmm/compose.h"
-#include "vmm/key_provider_client.h"
 #include "vmm/manifest.h"
 
 namespace fs = std::filesystem;
@@ -107,6 +108,24 @@ Result<std::optional<uint64_t>> opt_u64(const Json& j, const char* field) {
   if (!j.contains(field) || j[field].is_null()) return std::optional<uint64_t>{};
   TRY_ASSIGN(auto v, rpc::get_u64(j, field));
   return std::optional<uint64_t>{v};
+}
+
+// argv[0] as given if it contains '/', else the first executable match in PATH.
+Result<std::string> resolve_executable(const std::string& exe) {
+  if (exe.empty()) return make_error("backend returned an empty command line");
+  if (exe.find('/') != std::string::npos) return exe;
+  const char* path = std::getenv("PATH");
+  std::string p = path ? path : "/usr/local/bin:/usr/bin:/bin";
+  size_t pos = 0;
+  while (pos <= p.size()) {
+    size_t c = p.find(':', pos);
+    std::string d = p.substr(pos, c == std::string::npos ? std::string::npos : c - pos);
+    pos = c == std::string::npos ? p.size() + 1 : c + 1;
+    if (d.empty()) d = ".";
+    std::string cand = d + "/" + exe;
+    if (::access(cand.c_str(), X_OK) == 0) return cand;
+  }
+  return make_error(exe + " not found in PATH (install it or configure its absolute path in vmm.toml)");
 }
 
 }  // namespace
@@ -222,7 +241,7 @@ static Result<Json> load_image_metadata(const std::string& image_root, const std
 
 // .sys-config.json (spec §10.3), regenerated on every start.
 static Status write_sys_config(const VmmConfig& cfg, const VmManifest& m, const std::string& dir,
-                               const std::string& image_dir) {
+                               const std::string& image_dir, const std::string& host_api_url) {
   std::string digest;
   if (auto d = read_file(image_dir + "/digest.txt")) {
     digest = *d;
@@ -247,7 +266,7 @@ static Status write_sys_config(const VmmConfig& cfg, const VmManifest& m, const 
   sys["collateral_urls"] = {{"pccs", cfg.cvm.pccs_url}};
   sys["nvidia_attestation_proxy_url"] = nullptr;
   sys["docker_registry"] = cfg.cvm.docker_registry;
-  sys["host_api_url"] = "unix:" + dir + "/host-api.sock";
+  sys["host_api_url"] = host_api_url;
   sys["vm_config"] = vm_config.dump();
   return write_file_atomic(dir + "/shared/.sys-config.json", sys.dump());
 }
@@ -290,6 +309,25 @@ std::string tail_lines(const std::string& path, size_t lines) {
     --i;
   }
   return buf;
+}
+
+static size_t count_lines(const std::string& s) {
+  size_t n = static_cast<size_t>(std::count(s.begin(), s.end(), '\n'));
+  if (!s.empty() && s.back() != '\n') ++n;
+  return n;
+}
+
+std::string tail_log_lines(const std::string& path, size_t lines) {
+  std::string out = tail_lines(path, lines);
+  size_t have = count_lines(out);
+  for (int i = 1; i <= 1000 && (lines == 0 || have < lines); ++i) {
+    std::string backup = path + "." + std::to_string(i);
+    if (!file_exists(backup)) break;
+    std::string older = tail_lines(backup, lines == 0 ? 0 : lines - have);
+    have += count_lines(older);
+    out = older + out;
+  }
+  return out;
 }
 
 std::string strip_ansi(std::string_view s) {
@@ -408,7 +446,8 @@ Status VmManager::start_vm(const std::string& id) {
       }
       std::string image_dir = cfg_.image.path + "/" + manifest.image;
       std::string sock = dir + "/host-api.sock";
-      Status prep = write_sys_config(cfg_, manifest, dir, image_dir);
+      const LaunchContext lctx{manifest.id, dir, image_dir, sock};
+      Status prep = write_sys_config(cfg_, manifest, dir, image_dir, backend_->guest_host_api_url(lctx));
       Result<LaunchSpec> spec = make_error("not prepared");
       if (prep) {
         // Host API for this VM (backend.h contract).
@@ -453,9 +492,9 @@ Status VmManager::start_vm(const std::string& id) {
           if (!cfg_.key_provider.enabled) return make_error("key provider disabled ([key_provider] enabled = false)");
           TRY_ASSIGN(Bytes quote, rpc::get_hex(req, "quote"));
           if (quote.empty()) return make_error("GetSealingKey: empty quote");
-          auto r = get_sealing_key(cfg_.key_provider.address, cfg_.key_provider.port, quote,
-                                   std::chrono::milliseconds(cfg_.key_provider.timeout_ms));
-          if (!r) return r.error();
+          auto r = keyprovider::request_sealing_key(cfg_.key_provider.address, cfg_.key_provider.port, quote,
+                                                    std::chrono::milliseconds(cfg_.key_provider.timeout_ms));
+          if (!r) return r.error().wrap("GetSealingKey relay to the local key provider ([key_provider] in vmm.toml)");
           return Json{{"encrypted_key", to_hex(r->encrypted_key)}, {"provider_quote", to_hex(r->provider_quote)}};
         });
         svc->mount(*server, "/api");
@@ -469,7 +508,23 @@ Status VmManager::start_vm(const std::string& id) {
           vm_copy->host_api = std::move(server);
           vm_copy->host_api_svc = svc;
         }
-        if (prep) spec = backend_->launch_spec(LaunchContext{manifest.id, dir, image_dir, sock});
+        if (prep) spec = backend_->launch_spec(lctx);
+        if (prep && spec) {
+          if (auto exe = resolve_executable(spec->argv.empty() ? std::string() : spec->argv[0]); !exe) {
+            spec = exe.error();
+          } else {
+            spec->argv[0] = *exe;
+            // Launch record: what was exec'ed for this start (for operators and tests; no secrets in it).
+            ojson rec;
+            rec["backend"] = backend_->name();
+            rec["argv"] = spec->argv;
+            rec["env"] = spec->env;
+            rec["cwd"] = spec->cwd.empty() ? dir : spec->cwd;
+            rec["stdout"] = spec->stdout_file;
+            rec["started_at_ms"] = now_ms();
+            if (auto w = write_file_atomic(dir + "/launch.json", rec.dump(2)); !w) spec = w.error();
+          }
+        }
       }
       pid_t pid = -1;
       std::string fail;
@@ -489,7 +544,7 @@ Status VmManager::start_vm(const std::string& id) {
         for (auto& s : px.env_s) px.envp.push_back(s.data());
         px.envp.push_back(nullptr);
         px.cwd = spec->cwd.empty() ? dir : spec->cwd;
-        px.log = dir + "/serial.log";
+        px.log = dir + "/" + (spec->stdout_file.empty() ? std::string("serial.log") : spec->stdout_file);
         int logfd = ::open(px.log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
         int nullfd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
         if (logfd < 0 || nullfd < 0) {
@@ -497,7 +552,11 @@ Status VmManager::start_vm(const std::string& id) {
         } else {
           std::string banner = "[vmm] starting " + manifest.name + " (" + manifest.id + ") with backend " +
                                backend_->name() + "\n";
-          [[maybe_unused]] auto w = ::write(logfd, banner.data(), banner.size());
+          // The banner goes to the console log (serial.log) even when the process output goes elsewhere.
+          std::ofstream(dir + "/serial.log", std::ios::app) << banner;
+          if (px.log != dir + "/serial.log") {
+            [[maybe_unused]] auto w = ::write(logfd, banner.data(), banner.size());
+          }
           pid_t parent = ::getpid();
           pid = ::fork();
           if (pid == 0) {
@@ -670,6 +729,7 @@ void VmManager::shutdown() {
   for (auto& vm : vms)
     ts.emplace_back([this, vm] { stop_worker(impl_->mu, *vm, cfg_.cvm.stop_timeout_secs); });
   for (auto& t : ts) t.join();
+  backend_->stop_services();
 }
 
 Status VmManager::remove_vm(const std::string& id) {
@@ -690,8 +750,11 @@ Status VmManager::remove_vm(const std::string& id) {
   std::error_code ec;
   fs::remove_all(vm->dir, ec);
   if (ec) return make_error("removing " + vm->dir + ": " + ec.message());
-  std::lock_guard lk(impl_->mu);
-  impl_->vms.erase(id);
+  {
+    std::lock_guard lk(impl_->mu);
+    impl_->vms.erase(id);
+  }
+  backend_->vm_removed(id);
   spdlog::info("VM {} ({}) removed", vm->manifest.name, id);
   return Status::Ok();
 }
@@ -700,6 +763,7 @@ Status VmManager::remove_vm(const std::string& id) {
 
 Status VmManager::load() {
   TRY(make_dirs(cfg_.run_path, 0755));
+  TRY(backend_->start_services(cfg_.run_path));
   std::vector<std::string> to_start;
   std::error_code ec;
   for (const auto& entry : fs::directory_iterator(cfg_.run_path, ec)) {

@@ -20,6 +20,8 @@ using Json = nlohmann::json;
 
 extern const char* const kVmmVersion;
 
+std::string tail_log_lines(const std::string& path, size_t lines);  // documented below
+
 class VmManager {
  public:
   VmManager(VmmConfig config, std::unique_ptr<Backend> backend);
@@ -49,6 +51,8 @@ class VmManager {
   std::optional<std::string> resolve(const std::string& name_or_id) const;
   std::string vm_dir(const std::string& id) const;
   std::string log_path(const std::string& id) const { return vm_dir(id) + "/serial.log"; }
+  // Last `lines` console lines of the VM including rotated serial.log.N backups when the current file has fewer.
+  std::string tail_log(const std::string& id, size_t lines) const { return tail_log_lines(log_path(id), lines); }
   bool exists(const std::string& id) const;
   // True once shutdown() began (log streams end).
   bool closing() const;
@@ -68,6 +72,9 @@ class VmManager {
 
 // Last `lines` lines of a file (whole file when lines == 0).
 std::string tail_lines(const std::string& path, size_t lines);
+// Like tail_lines over the rotated log family: <path>.K ... <path>.1 (older, written by rotate_logs) then <path>.
+// Backups are read only as far as needed to make up `lines` (all of them when lines == 0).
+std::string tail_log_lines(const std::string& path, size_t lines);
 // Removes ANSI escape sequences.
 std::string strip_ansi(std::string_view s);
 

@@ -82,7 +82,8 @@ TEST(QemuBoot, TinyGuestBootsUnderTcgWithSpecCommandLine) {
   // Build (or reuse) the test image next to the build tree.
   std::string img_dir = fs::path(DSTACK_BIN_DIR).parent_path().string() + "/qemu-test-image";
   std::string script = std::string(DSTACK_SOURCE_DIR) + "/scripts/qemu-test-image.sh";
-  auto built = run_command({"bash", script, img_dir}, std::chrono::minutes(5));
+  // flock: VmmQemuWiring.RealQemuBootsThroughTheVmm (wiring_test.cpp) builds the same image.
+  auto built = run_command({"flock", img_dir + ".lock", "bash", script, img_dir}, std::chrono::minutes(5));
   ASSERT_TRUE(built.ok()) << "building the test image failed: " << built.error().message;
   auto image = load_image_metadata(img_dir);
   ASSERT_TRUE(image.ok()) << image.error().message;

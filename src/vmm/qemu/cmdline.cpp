@@ -77,6 +77,7 @@ Status apply_qemu_toml(QemuConfig& cfg, const std::string& toml_text, const std:
   TRY(set_value(net["dhcp_start"], cfg.networking.dhcp_start, "networking.dhcp_start", origin));
   TRY(set_value(net["restrict"], cfg.networking.restrict, "networking.restrict", origin));
   TRY(set_value(net["bridge"], cfg.networking.bridge, "networking.bridge", origin));
+  TRY(set_value(croot["host_api"]["port"], cfg.host_api_port, "host_api.port", origin));
   auto prod = cvm["product"];
   TRY(set_value(prod["sys_vendor"], cfg.product.sys_vendor, "product.sys_vendor", origin));
   TRY(set_value(prod["product_name"], cfg.product.product_name, "product.product_name", origin));

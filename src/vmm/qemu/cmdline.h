@@ -31,6 +31,7 @@ struct QemuConfig {
   uint16_t qgs_port = 4050;
   std::string host_share_mode = "9p";  // "9p" | "vvfat"
   bool vsock = true;                // ours: false drops -device vhost-vsock-pci (hosts without /dev/vhost-vsock)
+  uint32_t host_api_port = 10000;   // [host_api] port: vsock port of the VMM host API (guest: vsock://2:<port>/api)
   struct Networking {
     std::string mode = "user";      // "user" | "bridge"
     std::string net = "10.0.2.0/24";
@@ -44,7 +45,7 @@ struct QemuConfig {
   } product;
 };
 
-// Applies the [cvm] table (and [cvm.networking], [cvm.product]) of a vmm.toml document over `cfg`.
+// Applies the [cvm] table (and [cvm.networking], [cvm.product], [host_api] port) of a vmm.toml document over `cfg`.
 // Unknown keys are ignored; wrong types are errors naming the key.
 Status apply_qemu_toml(QemuConfig& cfg, const std::string& toml_text, const std::string& origin);
 

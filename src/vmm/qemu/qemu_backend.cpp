@@ -1,6 +1,9 @@
 #include "vmm/qemu/qemu_backend.h"
 
 #include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include <filesystem>
 
 #include "base/fs.h"
 #include "crypto/hash.h"
@@ -91,7 +94,58 @@ Result<LaunchSpec> QemuBackend::launch_spec(const LaunchContext& ctx) const {
   TRY_ASSIGN(s.argv, build_qemu_argv(cfg_, image, vm));
   s.cwd = ctx.vm_dir;
   s.env = {{"DSTACK_VMM_VM_ID", ctx.vm_id}};
+  s.stdout_file = "stdout.log";
   return s;
+}
+
+QemuBackend::~QemuBackend() { stop_services(); }
+
+std::string QemuBackend::guest_host_api_url(const LaunchContext&) const {
+  return "vsock://2:" + std::to_string(cfg_.host_api_port) + "/api";
+}
+
+std::optional<std::string> QemuBackend::host_api_socket_of_cid(uint32_t cid) const {
+  std::string id = vm_of_cid(cid);
+  if (id.empty() || run_path_.empty()) return std::nullopt;
+  std::string sock = run_path_ + "/" + id + "/host-api.sock";
+  std::error_code ec;
+  if (!std::filesystem::exists(sock, ec)) return std::nullopt;
+  return sock;
+}
+
+Status QemuBackend::start_services(const std::string& run_path) {
+  run_path_ = run_path;
+  if (relay_) return Status::Ok();
+  if (!cfg_.vsock) {
+    spdlog::warn("QEMU backend: [cvm] vsock = false: guests get no vsock device and cannot reach the host API "
+                 "(Notify, GetSealingKey); boot progress will not be reported");
+    return Status::Ok();
+  }
+  auto r = HostApiRelay::start_vsock(cfg_.host_api_port,
+                                     [this](uint32_t cid) { return host_api_socket_of_cid(cid); });
+  if (!r) {
+    spdlog::warn("QEMU backend: host API vsock relay on port {} unavailable: {} -- QEMU guests cannot reach the "
+                 "host API (Notify, GetSealingKey) until this is fixed",
+                 cfg_.host_api_port, r.error().message);
+    return Status::Ok();
+  }
+  relay_ = std::move(*r);
+  return Status::Ok();
+}
+
+void QemuBackend::stop_services() {
+  if (relay_) {
+    relay_->stop();
+    relay_.reset();
+  }
+}
+
+void QemuBackend::vm_removed(const std::string& vm_id) {
+  std::lock_guard lk(mu_);
+  auto it = cids_.find(vm_id);
+  if (it == cids_.end()) return;
+  pool_.release(it->second);
+  cids_.erase(it);
 }
 
 std::unique_ptr<Backend> make_qemu_backend(const QemuConfig& cfg) { return std::make_unique<QemuBackend>(cfg); }
