@@ -16,20 +16,6 @@ static int64_t now_unix() {
       .count();
 }
 
-json boot_info_to_json(const BootInfo& b) {
-  return json{{"teeVariant", b.tee_variant},
-              {"mrAggregated", to_hex(b.mr_aggregated)},
-              {"osImageHash", to_hex(b.os_image_hash)},
-              {"mrSystem", to_hex(b.mr_system)},
-              {"appId", to_hex(b.app_id)},
-              {"composeHash", to_hex(b.compose_hash)},
-              {"instanceId", to_hex(b.instance_id)},
-              {"deviceId", to_hex(b.device_id)},
-              {"keyProviderInfo", to_hex(b.key_provider_info)},
-              {"tcbStatus", b.tcb_status},
-              {"advisoryIds", b.advisory_ids}};
-}
-
 Result<AuthInfo> parse_auth_info(const json& j) {
   if (!j.is_object()) return make_error("auth info is not a JSON object");
   AuthInfo info;
@@ -163,7 +149,7 @@ Result<AuthDecision> WebhookAuth::post(const std::string& path, const BootInfo& 
   co.timeout = opts_.auth_timeout;
   co.headers["user-agent"] = opts_.user_agent;
   std::string url = opts_.url + path;
-  auto r = rpc::http_request("POST", url, boot_info_to_json(boot).dump(), co);
+  auto r = rpc::http_request("POST", url, boot.to_webhook_json().dump(), co);
   if (!r.ok()) return r.error().wrap("auth webhook " + url + " unreachable or timed out (" +
                                      std::to_string(opts_.auth_timeout.count()) + " ms limit)");
   if (r->status < 200 || r->status >= 300)

@@ -17,26 +17,13 @@
 
 #include "base/bytes.h"
 #include "base/result.h"
+#include "ratls/ratls.h"
 
 namespace dstack::auth {
 
-// What the KMS knows about a booting CVM, taken only from its verified attestation (spec §6.1).
-struct BootInfo {
-  std::string tee_variant = "dstack-tdx";
-  Bytes mr_aggregated;      // 32 B
-  Bytes os_image_hash;      // 32 B
-  Bytes mr_system;          // 32 B
-  Bytes app_id;             // 20 B
-  Bytes compose_hash;       // 32 B
-  Bytes instance_id;        // 20 B or empty
-  Bytes device_id;          // 32 B = sha256(ppid)
-  Bytes key_provider_info;  // UTF-8 JSON bytes; empty for boot-time MR
-  std::string tcb_status;
-  std::vector<std::string> advisory_ids;
-};
-
-// Webhook wire form: camelCase, bytes as hex without 0x.
-nlohmann::json boot_info_to_json(const BootInfo& b);
+// What the KMS knows about a booting CVM, taken only from its verified attestation (spec §6.1). One struct
+// for the whole stack: ratls::BootInfo (its to_webhook_json() is the webhook wire form, camelCase, hex without 0x).
+using BootInfo = ratls::BootInfo;
 
 struct AuthDecision {
   bool is_allowed = false;

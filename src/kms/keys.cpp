@@ -62,28 +62,21 @@ Bytes bootstrap_report_data(ByteView ca_pubkey_spki, ByteView k256_pubkey_compre
   return rd;
 }
 
-Bytes ratls_report_data(ByteView spki_der) {
-  Bytes msg = to_bytes("ratls-cert:");
-  msg.insert(msg.end(), spki_der.begin(), spki_der.end());
-  return crypto::sha512(msg);
+static Result<crypto::Certificate> self_signed_ca(const crypto::P256Key& key, const char* common_name, int path_len) {
+  crypto::CertSpec s;
+  s.org_name = "Dstack";
+  s.common_name = common_name;
+  s.is_ca = true;
+  s.ca_path_len = path_len;
+  return crypto::issue_certificate(s, key, key, nullptr);
 }
 
 Result<crypto::Certificate> make_root_ca_cert(const crypto::P256Key& key) {
-  crypto::CertSpec s;
-  s.org_name = "Dstack";
-  s.common_name = "Dstack KMS CA";
-  s.is_ca = true;
-  s.ca_path_len = 1;
-  return crypto::issue_certificate(s, key, key, nullptr);
+  return self_signed_ca(key, "Dstack KMS CA", 1);
 }
 
 Result<crypto::Certificate> make_tmp_ca_cert(const crypto::P256Key& key) {
-  crypto::CertSpec s;
-  s.org_name = "Dstack";
-  s.common_name = "Dstack Client Temp CA";
-  s.is_ca = true;
-  s.ca_path_len = 0;
-  return crypto::issue_certificate(s, key, key, nullptr);
+  return self_signed_ca(key, "Dstack Client Temp CA", 0);
 }
 
 Result<crypto::Certificate> make_rpc_cert(const crypto::P256Key& rpc_key, const std::string& domain,

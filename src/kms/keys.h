@@ -8,13 +8,14 @@
 #include "crypto/k256.h"
 #include "crypto/p256.h"
 #include "crypto/x509.h"
+#include "ratls/ratls.h"
 
 namespace dstack::kms {
 
-// Custom X.509 extension OIDs (spec §3.2).
-inline constexpr const char* kOidAppId = "1.3.6.1.4.1.62397.1.3";
-inline constexpr const char* kOidSpecialUsage = "1.3.6.1.4.1.62397.1.4";
-inline constexpr const char* kOidAttestation = "1.3.6.1.4.1.62397.1.8";
+// Custom X.509 extension OIDs (spec §3.2); defined once in ratls.
+using ratls::kOidAppId;
+using ratls::kOidAttestation;
+using ratls::kOidSpecialUsage;
 
 struct RootKeys {
   crypto::P256Key ca_key;
@@ -54,7 +55,7 @@ Result<crypto::P256Key> derive_app_ca_key(const crypto::P256Key& root_ca, ByteVi
 // KMS bootstrap binding (§3.3): keccak256("dstack-kms-genereted-keys-v1:" hex(ca_spki) ";" hex(k256) ";") || 0^32.
 Bytes bootstrap_report_data(ByteView ca_pubkey_spki, ByteView k256_pubkey_compressed);
 // RA-TLS binding: SHA-512("ratls-cert:" || spki).
-Bytes ratls_report_data(ByteView spki_der);
+using ratls::ratls_report_data;
 
 // Certificates of spec §3.2.
 Result<crypto::Certificate> make_root_ca_cert(const crypto::P256Key& key);

@@ -53,22 +53,6 @@ class GuestAgentAttester : public Attester {
   std::chrono::milliseconds timeout_;
 };
 
-auth::BootInfo convert(const ratls::BootInfo& b) {
-  auth::BootInfo o;
-  o.tee_variant = b.tee_variant;
-  o.mr_aggregated = b.mr_aggregated;
-  o.os_image_hash = b.os_image_hash;
-  o.mr_system = b.mr_system;
-  o.app_id = b.app_id;
-  o.compose_hash = b.compose_hash;
-  o.instance_id = b.instance_id;
-  o.device_id = b.device_id;
-  o.key_provider_info = b.key_provider_info;
-  o.tcb_status = b.tcb_status;
-  o.advisory_ids = b.advisory_ids;
-  return o;
-}
-
 class RatlsVerifier : public Verifier {
  public:
   explicit RatlsVerifier(ratls::VerifyOptions o) : opts_(std::move(o)) {}
@@ -76,11 +60,26 @@ class RatlsVerifier : public Verifier {
     ratls::VerifyOptions o = opts_;
     o.use_boottime_mr = boot_time_mr;
     TRY_ASSIGN(auto v, ratls::verify_peer_attestation(der, o));
-    return convert(v.boot_info);
+    return std::move(v.boot_info);
   }
   Result<auth::BootInfo> verify_attestation(ByteView att, ByteView expected) override {
     TRY_ASSIGN(auto v, ratls::verify_attestation(att, expected, opts_));
-    return convert(v.boot_info);
+    return std::move(v.boot_info);
+  }
+  Result<auth::BootInfo> verify_boot_attestation(ByteView att, ByteView expected) override {
+    ratls::VerifyOptions o = opts_;
+    o.use_boottime_mr = true;
+    TRY_ASSIGN(auto v, ratls::verify_attestation(att, expected, o));
+    return std::move(v.boot_info);
+  }
+  Result<auth::BootInfo> verify_legacy_boot_attestation(ByteView quote, const std::string& event_log_json,
+                                                        ByteView expected) override {
+    ratls::VerifyOptions o = opts_;
+    o.use_boottime_mr = true;
+    std::optional<std::string> log;
+    if (!event_log_json.empty()) log = event_log_json;
+    TRY_ASSIGN(auto v, ratls::verify_legacy_attestation(quote, log, expected, o));
+    return std::move(v.boot_info);
   }
 
  private:
@@ -88,6 +87,13 @@ class RatlsVerifier : public Verifier {
 };
 
 }  // namespace
+
+Result<auth::BootInfo> Verifier::verify_boot_attestation(ByteView, ByteView) {
+  return make_error("this attestation verifier cannot check SignCert attestations");
+}
+Result<auth::BootInfo> Verifier::verify_legacy_boot_attestation(ByteView, const std::string&, ByteView) {
+  return make_error("this attestation verifier cannot check legacy (quote + event log) attestations");
+}
 
 std::shared_ptr<Attester> make_guest_agent_attester(const std::string& address, std::chrono::milliseconds timeout) {
   return std::make_shared<GuestAgentAttester>(address, timeout);

@@ -33,6 +33,11 @@ class Verifier {
   virtual Result<auth::BootInfo> verify_cert(ByteView cert_der, bool boot_time_mr = false) = 0;
   // Bare VersionedAttestation that must carry expected_report_data.
   virtual Result<auth::BootInfo> verify_attestation(ByteView attestation, ByteView expected_report_data) = 0;
+  // SignCert evidence (spec §2.3), identity with the boot-time MR (§8.4): a VersionedAttestation (CSR V2) or a
+  // legacy quote + JSON event log (CSR V1). The defaults refuse (verifiers that cannot do it).
+  virtual Result<auth::BootInfo> verify_boot_attestation(ByteView attestation, ByteView expected_report_data);
+  virtual Result<auth::BootInfo> verify_legacy_boot_attestation(ByteView quote, const std::string& event_log_json,
+                                                                ByteView expected_report_data);
 };
 
 // DCAP + event-log verification (src/ratls) with the trust settings of [core.attestation].

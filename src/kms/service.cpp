@@ -1,5 +1,8 @@
 #include "kms/service.h"
 
+#include "kms/csr.h"
+#include "ratls/ratls.h"
+
 #include <spdlog/spdlog.h>
 
 #include <chrono>
@@ -218,10 +221,82 @@ Result<Json> KmsService::get_temp_ca_cert() {
   return Json{{"temp_ca_cert", tmp_ca_pem_}, {"temp_ca_key", tmp_ca_key_pem_}, {"ca_cert", ca_pem_}};
 }
 
-Result<Json> KmsService::sign_cert(const Json&) {
+Result<Json> KmsService::sign_cert(const Json& req) {
   att_requests_++;
-  att_failures_++;
-  return make_error("SignCert is not implemented by this KMS yet; use GetAppKey (key_provider kms) instead");
+  auto r = [&]() -> Result<Json> {
+    TRY_ASSIGN(uint64_t api_version, rpc::get_u64(req, "api_version"));
+    if (api_version != 1 && api_version != 2)
+      return make_error("Unsupported API version: " + std::to_string(api_version) + " (SignCert takes 1 or 2)");
+    TRY_ASSIGN(Bytes csr_bytes, rpc::get_hex(req, "csr"));
+    TRY_ASSIGN(Bytes signature, rpc::get_hex(req, "signature"));
+    auto csr = decode_csr(csr_bytes, static_cast<uint32_t>(api_version));
+    if (!csr.ok()) return csr.error().wrap("Invalid CSR");
+    if (csr->confirm != kCsrConfirm)
+      return make_error("Invalid CSR: confirm word is \"" + csr->confirm + "\", expected \"" + kCsrConfirm + "\"");
+    auto subject_key = ratls::p256_public_key_from_spki(csr->pubkey);
+    if (!subject_key.ok()) return subject_key.error().wrap("Invalid CSR pubkey");
+    if (!crypto::ecdsa_p256_verify_der(csr->pubkey, csr_bytes, signature))
+      return make_error("Invalid CSR signature: it does not verify with the CSR pubkey (expected ECDSA-P256-SHA256, "
+                        "ASN.1 DER, over the SCALE-encoded CSR)");
+    TRY(self_authorize());
+    if (!ctx_.verifier) return make_error("no attestation verifier configured");
+    Bytes expected = ratls_report_data(csr->pubkey);
+    auto boot = csr->version == 1
+                    ? ctx_.verifier->verify_legacy_boot_attestation(csr->quote, to_string(csr->event_log), expected)
+                    : ctx_.verifier->verify_boot_attestation(csr->attestation, expected);
+    if (!boot.ok()) return boot.error().wrap("CSR attestation verification failed");
+    if (boot->app_id.size() != 20)
+      return make_error("CSR attestation carries no 20-byte app id (got " + std::to_string(boot->app_id.size()) +
+                        " bytes)");
+    auto d = ctx_.auth->auth_app(*boot);
+    if (!d.ok()) return d.error().wrap("Boot authorization failed");
+    if (!d->is_allowed) return make_error("Boot denied: " + d->reason);
+
+    TRY_ASSIGN(crypto::P256Key app_ca_key, derive_app_ca_key(ctx_.keys.ca_key, boot->app_id));
+    ratls::RaTlsCertParams ca;
+    ca.org_name = "Dstack";
+    ca.common_name = "Dstack App CA";
+    ca.is_ca = true;
+    ca.ca_path_len = 0;
+    ca.app_id = boot->app_id;
+    ca.special_usage = "app:ca";
+    auto app_ca = ratls::issue_cert(ca, app_ca_key, ctx_.keys.ca_key, &ctx_.keys.ca_cert);
+    if (!app_ca.ok()) return app_ca.error().wrap("issuing the App CA certificate");
+
+    const CertConfig& c = csr->config;
+    ratls::RaTlsCertParams leaf;
+    leaf.org_name = c.org_name;
+    leaf.common_name = c.subject;
+    leaf.alt_names = c.subject_alt_names;
+    leaf.usage_server_auth = c.usage_server_auth;
+    leaf.usage_client_auth = c.usage_client_auth;
+    leaf.app_id = boot->app_id;
+    leaf.special_usage = "app:custom";
+    if (c.not_before) leaf.not_before = static_cast<int64_t>(*c.not_before);
+    if (c.not_after) leaf.not_after = static_cast<int64_t>(*c.not_after);
+    if (c.not_before && c.not_after && *c.not_before >= *c.not_after)
+      return make_error("Invalid CSR: not_before must be earlier than not_after");
+    if (c.ext_quote) {
+      if (csr->version == 1) {
+        leaf.legacy_quote = csr->quote;
+        if (!csr->event_log.empty()) leaf.legacy_event_log = to_string(csr->event_log);
+      } else {
+        leaf.attestation = csr->attestation;
+      }
+    }
+    if (c.ext_app_info)
+      spdlog::warn("SignCert: ext_app_info requested for app {}; the app info extension is not supported and omitted",
+                   to_hex(boot->app_id));
+    auto cert = ratls::issue_cert(leaf, *subject_key, app_ca_key, &*app_ca);
+    if (!cert.ok()) return cert.error().wrap("issuing the certificate");
+    spdlog::info("SignCert: issued certificate CN={} for app {}", c.subject, to_hex(boot->app_id));
+    return Json{{"certificate_chain", Json::array({cert->to_pem(), app_ca->to_pem(), ca_pem_})}};
+  }();
+  if (!r.ok()) {
+    att_failures_++;
+    spdlog::warn("SignCert refused: {}", r.error().message);
+  }
+  return r;
 }
 
 bool KmsService::non_blocking(const rpc::HttpRequest& req) {

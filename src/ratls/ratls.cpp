@@ -111,6 +111,8 @@ Result<crypto::Certificate> issue_cert(const RaTlsCertParams& p, const crypto::P
   if (p.app_id) spec.extensions[kOidAppId] = *p.app_id;
   if (p.special_usage) spec.extensions[kOidSpecialUsage] = to_bytes(*p.special_usage);
   if (p.app_info) spec.extensions[kOidAppInfo] = *p.app_info;
+  if (p.legacy_quote) spec.extensions[kOidTdxQuote] = *p.legacy_quote;
+  if (p.legacy_event_log) spec.extensions[kOidEventLog] = to_bytes(*p.legacy_event_log);
   return crypto::issue_certificate(spec, subject_key, issuer_key, issuer);
 }
 

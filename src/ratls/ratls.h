@@ -58,6 +58,9 @@ struct RaTlsCertParams {
   std::optional<Bytes> app_id;                  // extension .3 (20 bytes)
   std::optional<std::string> special_usage;     // extension .4
   std::optional<Bytes> app_info;                // extension .9 (already encoded)
+  // Legacy attestation extensions (.1 quote, .2 JSON event log), e.g. for a V1 SignCert CSR. Not checked.
+  std::optional<Bytes> legacy_quote;
+  std::optional<std::string> legacy_event_log;
 };
 
 // Issues a certificate for `subject_key` signed by `issuer_key` (issuer == nullptr => self-signed, and then
@@ -157,6 +160,15 @@ struct VerifiedAttestation {
 Result<VerifiedAttestation> verify_attestation(ByteView versioned_attestation,
                                                std::optional<ByteView> expected_report_data,
                                                const VerifyOptions& opts);
+
+// Verifies a legacy attestation: a TDX quote plus (optionally) its JSON event log, whose IMR-3 events are
+// the runtime events (cert extensions .1 + .2, SignCert CSR V1). report_data is taken from the quote.
+Result<VerifiedAttestation> verify_legacy_attestation(ByteView quote, const std::optional<std::string>& event_log_json,
+                                                      std::optional<ByteView> expected_report_data,
+                                                      const VerifyOptions& opts);
+
+// P-256 public key (no private part) from DER SubjectPublicKeyInfo, e.g. to issue a certificate for a CSR key.
+Result<crypto::P256Key> p256_public_key_from_spki(ByteView spki_der);
 
 // Verifies the attestation carried by an RA-TLS certificate (DER): extension .8 (or legacy .1 + .2), bound
 // to the certificate key (report_data == ratls_report_data(cert SPKI)). Error "No attestation provided"

@@ -1,4 +1,8 @@
 // RA-TLS / VersionedAttestation verification (spec §5.5, §8.2, §8.4).
+#include <openssl/core_names.h>
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
 #include <cctype>
 #include <ctime>
 
@@ -102,6 +106,21 @@ std::string header_of(const rpc::HttpClientResponse& r, std::initializer_list<co
   return {};
 }
 
+// A PCCS answer {"<body_key>": {...}, "signature": "..."}: stores the object verbatim (its bytes are what the
+// signature covers), the signature and the issuer chain header as <out>, <out>_signature, <out>_issuer_chain.
+Status put_signed_object(nlohmann::json& j, const rpc::HttpClientResponse& r, const std::string& body_key,
+                         const std::string& out, const char* what, std::initializer_list<const char*> chain_headers) {
+  TRY_ASSIGN(std::string object, raw_object(r.body, body_key));
+  auto parsed = nlohmann::json::parse(r.body, nullptr, false);
+  if (parsed.is_discarded() || !parsed.contains("signature") || !parsed["signature"].is_string()) {
+    return make_error(std::string("PCCS ") + what + " response has no signature");
+  }
+  j[out] = object;
+  j[out + "_signature"] = parsed["signature"];
+  j[out + "_issuer_chain"] = header_of(r, chain_headers);
+  return Status::Ok();
+}
+
 Result<nlohmann::json> fetch_pccs(const std::string& base_in, std::chrono::milliseconds timeout, ByteView quote) {
   std::string base = base_in;
   while (!base.empty() && base.back() == '/') base.pop_back();
@@ -121,23 +140,9 @@ Result<nlohmann::json> fetch_pccs(const std::string& base_in, std::chrono::milli
   j["pck_crl"] = to_hex(hex_or_raw(crl.body));
   j["pck_crl_issuer_chain"] = header_of(crl, {"sgx-pck-crl-issuer-chain"});
   TRY_ASSIGN(auto tcb, pccs_get(base + "/" + tee + "/certification/v4/tcb?fmspc=" + to_hex(ext.fmspc), timeout));
-  TRY_ASSIGN(std::string tcb_info, raw_object(tcb.body, "tcbInfo"));
-  auto tj = nlohmann::json::parse(tcb.body, nullptr, false);
-  if (tj.is_discarded() || !tj.contains("signature") || !tj["signature"].is_string()) {
-    return make_error("PCCS TCB info response has no signature");
-  }
-  j["tcb_info"] = tcb_info;
-  j["tcb_info_signature"] = tj["signature"];
-  j["tcb_info_issuer_chain"] = header_of(tcb, {"tcb-info-issuer-chain", "sgx-tcb-info-issuer-chain"});
+  TRY(put_signed_object(j, tcb, "tcbInfo", "tcb_info", "TCB info", {"tcb-info-issuer-chain", "sgx-tcb-info-issuer-chain"}));
   TRY_ASSIGN(auto qe, pccs_get(base + "/" + tee + "/certification/v4/qe/identity?update=standard", timeout));
-  TRY_ASSIGN(std::string qe_identity, raw_object(qe.body, "enclaveIdentity"));
-  auto qj = nlohmann::json::parse(qe.body, nullptr, false);
-  if (qj.is_discarded() || !qj.contains("signature") || !qj["signature"].is_string()) {
-    return make_error("PCCS QE identity response has no signature");
-  }
-  j["qe_identity"] = qe_identity;
-  j["qe_identity_signature"] = qj["signature"];
-  j["qe_identity_issuer_chain"] = header_of(qe, {"sgx-enclave-identity-issuer-chain"});
+  TRY(put_signed_object(j, qe, "enclaveIdentity", "qe_identity", "QE identity", {"sgx-enclave-identity-issuer-chain"}));
   TRY_ASSIGN(auto root, pccs_get(base + "/sgx/certification/v4/rootcacrl", timeout));
   j["root_ca_crl"] = to_hex(hex_or_raw(root.body));
   return j;
@@ -279,6 +284,43 @@ Result<VerifiedAttestation> verify_attestation(ByteView versioned_attestation,
   return verify_stack(st, expected_report_data, opts);
 }
 
+Result<VerifiedAttestation> verify_legacy_attestation(ByteView quote, const std::optional<std::string>& event_log_json,
+                                                      std::optional<ByteView> expected_report_data,
+                                                      const VerifyOptions& opts) {
+  Stack st;
+  st.quote.assign(quote.begin(), quote.end());
+  if (event_log_json) {
+    auto events = attest::event_log_from_json(*event_log_json);
+    if (!events.ok()) return events.error().wrap("parsing the legacy JSON event log");
+    for (const auto& ev : *events) {
+      if (ev.imr != 3) continue;
+      auto re = attest::runtime_event_from_tdx_event(ev);
+      if (!re.ok()) return re.error().wrap("legacy event log");
+      st.runtime_events.push_back(std::move(*re));
+    }
+  }
+  return verify_stack(st, expected_report_data, opts);
+}
+
+Result<crypto::P256Key> p256_public_key_from_spki(ByteView spki_der) {
+  const unsigned char* p = spki_der.data();
+  EVP_PKEY* pkey = d2i_PUBKEY(nullptr, &p, static_cast<long>(spki_der.size()));
+  if (!pkey) return make_error("not a DER SubjectPublicKeyInfo");
+  if (p != spki_der.data() + spki_der.size()) {
+    EVP_PKEY_free(pkey);
+    return make_error("trailing bytes after the SubjectPublicKeyInfo");
+  }
+  char group[64] = {0};
+  size_t group_len = 0;
+  if (EVP_PKEY_get_base_id(pkey) != EVP_PKEY_EC ||
+      !EVP_PKEY_get_utf8_string_param(pkey, OSSL_PKEY_PARAM_GROUP_NAME, group, sizeof(group), &group_len) ||
+      std::string_view(group, group_len) != "prime256v1") {
+    EVP_PKEY_free(pkey);
+    return make_error("the public key is not an ECDSA P-256 key");
+  }
+  return crypto::P256Key(pkey);
+}
+
 Result<VerifiedAttestation> verify_peer_attestation(ByteView cert_der, const VerifyOptions& opts) {
   auto cert = crypto::Certificate::from_der(cert_der);
   if (!cert.ok()) return cert.error().wrap("parsing the peer certificate");
@@ -287,22 +329,7 @@ Result<VerifiedAttestation> verify_peer_attestation(ByteView cert_der, const Ver
   if (ext.attestation) {
     return verify_attestation(*ext.attestation, ByteView(expected), opts);
   }
-  if (ext.legacy_quote) {
-    // Legacy form: quote (.1) + JSON event log (.2); runtime events are the RTMR3 events of the log.
-    Stack st;
-    st.quote = *ext.legacy_quote;
-    if (ext.legacy_event_log) {
-      auto events = attest::event_log_from_json(*ext.legacy_event_log);
-      if (!events.ok()) return events.error().wrap("parsing the certificate's event log extension");
-      for (const auto& ev : *events) {
-        if (ev.imr != 3) continue;
-        auto re = attest::runtime_event_from_tdx_event(ev);
-        if (!re.ok()) return re.error().wrap("certificate event log");
-        st.runtime_events.push_back(std::move(*re));
-      }
-    }
-    return verify_stack(st, ByteView(expected), opts);
-  }
+  if (ext.legacy_quote) return verify_legacy_attestation(*ext.legacy_quote, ext.legacy_event_log, ByteView(expected), opts);
   return make_error("No attestation provided");
 }
 

@@ -28,7 +28,7 @@ static BootInfo sample_boot() {
 }
 
 TEST(Auth, BootInfoWireFormat) {
-  json j = boot_info_to_json(sample_boot());
+  json j = sample_boot().to_webhook_json();
   EXPECT_EQ(j["teeVariant"], "dstack-tdx");
   EXPECT_EQ(j["appId"], std::string(40, '4'));
   EXPECT_EQ(j["keyProviderInfo"], to_hex(to_bytes(R"({"name":"kms","id":"ab"})")));
