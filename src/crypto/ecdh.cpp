@@ -8,26 +8,13 @@
 #include <memory>
 
 #include "crypto/hash.h"
+#include "crypto/ossl.h"
 
 namespace dstack::crypto {
 namespace {
 
-std::string ossl_error() {
-  std::string out;
-  unsigned long e;
-  while ((e = ERR_get_error()) != 0) {
-    char buf[256];
-    ERR_error_string_n(e, buf, sizeof buf);
-    if (!out.empty()) out += "; ";
-    out += buf;
-  }
-  return out.empty() ? "unknown OpenSSL error" : out;
-}
+using namespace detail;
 
-struct PkeyDel { void operator()(EVP_PKEY* p) const { EVP_PKEY_free(p); } };
-using PkeyPtr = std::unique_ptr<EVP_PKEY, PkeyDel>;
-struct CipherCtxDel { void operator()(EVP_CIPHER_CTX* p) const { EVP_CIPHER_CTX_free(p); } };
-using CipherCtxPtr = std::unique_ptr<EVP_CIPHER_CTX, CipherCtxDel>;
 
 Status check_size(ByteView v, size_t n, const char* what) {
   if (v.size() != n) {

@@ -12,27 +12,13 @@
 #include <openssl/x509.h>
 
 #include "crypto/hash.h"
+#include "crypto/ossl.h"
 
 namespace dstack::crypto {
 namespace {
 
-// Drains OpenSSL's thread-local error queue into a readable string.
-std::string ossl_error() {
-  std::string out;
-  unsigned long e;
-  while ((e = ERR_get_error()) != 0) {
-    char buf[256];
-    ERR_error_string_n(e, buf, sizeof buf);
-    if (!out.empty()) out += "; ";
-    out += buf;
-  }
-  return out.empty() ? "unknown OpenSSL error" : out;
-}
+using namespace detail;
 
-struct BnFree { void operator()(BIGNUM* p) const { BN_clear_free(p); } };
-using BnPtr = std::unique_ptr<BIGNUM, BnFree>;
-struct PkeyDel { void operator()(EVP_PKEY* p) const { EVP_PKEY_free(p); } };
-using PkeyPtr = std::unique_ptr<EVP_PKEY, PkeyDel>;
 
 constexpr const char* kGroup = "prime256v1";
 

@@ -14,24 +14,13 @@
 #include <ctime>
 
 #include "crypto/hash.h"
+#include "crypto/ossl.h"
 
 namespace dstack::crypto {
 namespace {
 
-std::string ossl_error() {
-  std::string out;
-  unsigned long e;
-  while ((e = ERR_get_error()) != 0) {
-    char buf[256];
-    ERR_error_string_n(e, buf, sizeof buf);
-    if (!out.empty()) out += "; ";
-    out += buf;
-  }
-  return out.empty() ? "unknown OpenSSL error" : out;
-}
+using namespace detail;
 
-struct X509Del { void operator()(X509* p) const { X509_free(p); } };
-using X509Ptr = std::unique_ptr<X509, X509Del>;
 
 std::string name_entry(const X509_NAME* name, int nid) {
   if (name == nullptr) return {};
