@@ -189,9 +189,7 @@ Result<Bytes> GuestService::attestation_bytes(ByteView rd) {
   return va.to_bytes();
 }
 
-Result<Json> GuestService::get_quote(const Json& req) {
-  TRY_ASSIGN(Bytes rd0, req_hex(req, "report_data"));
-  TRY_ASSIGN(Bytes rd, pad_report_data(rd0));
+Result<Json> GuestService::quote_response(ByteView rd) {
   TRY_ASSIGN(QuoteBundle q, quote_with_log(rd));
   Json out;
   out["quote"] = to_hex(q.quote);
@@ -199,6 +197,12 @@ Result<Json> GuestService::get_quote(const Json& req) {
   out["report_data"] = to_hex(rd);
   out["vm_config"] = vm_config_;
   return out;
+}
+
+Result<Json> GuestService::get_quote(const Json& req) {
+  TRY_ASSIGN(Bytes rd0, req_hex(req, "report_data"));
+  TRY_ASSIGN(Bytes rd, pad_report_data(rd0));
+  return quote_response(rd);
 }
 
 Result<Json> GuestService::attest(const Json& req) {
@@ -407,13 +411,7 @@ Result<Json> GuestService::get_attestation_for_app_key(const Json& req) {
   }
   while (!b64.empty() && b64.back() == '=') b64.pop_back();
   TRY_ASSIGN(Bytes rd, pad_report_data(to_bytes(tag + b64)));
-  TRY_ASSIGN(QuoteBundle q, quote_with_log(rd));
-  Json out;
-  out["quote"] = to_hex(q.quote);
-  out["event_log"] = event_log_json(q);
-  out["report_data"] = to_hex(rd);
-  out["vm_config"] = vm_config_;
-  return out;
+  return quote_response(rd);
 }
 
 Result<Json> GuestService::tdx_quote(const Json& req) {

@@ -68,6 +68,8 @@ class GuestService {
   };
   Result<QuoteBundle> quote_with_log(ByteView report_data64);
   std::string event_log_json(const QuoteBundle& q) const;
+  // GetQuoteResponse JSON (quote, event_log, report_data, vm_config) for a padded 64-byte report_data.
+  Result<Json> quote_response(ByteView report_data64);
   Result<Bytes> attestation_bytes(ByteView report_data64);
   struct DerivedKey {
     Bytes key;
